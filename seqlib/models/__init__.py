@@ -1,0 +1,10 @@
+"""Sequence models written from scratch, one file per family.
+
+Every model maps token ids ``x`` of shape (b, l) to next-token logits of shape (b, l, v) in
+``forward``, and offers ``init_state(batch)`` and ``step(x_t, state) -> (logits_t, state)`` for
+generating one token at a time; ``step`` run over a sequence equals ``forward`` on it.
+"""
+
+from seqlib.models.feedforward import BigramLM, FixedWindowLM
+
+__all__ = ["BigramLM", "FixedWindowLM"]
