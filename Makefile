@@ -22,8 +22,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 book: $(STAMP)
-	$(BIN)/jupyter-book build . --warningiserror --keep-going
-	@touch $(HTML)/.nojekyll
+	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
 	@echo "The book is built: open file://$(abspath $(HTML))/index.html"
 
 lint: $(STAMP)
