@@ -6,6 +6,12 @@ submission or a whole class's). Every notebook is executed in a fresh kernel fro
 the points earned out of those possible, whether it passed, and the first line of its message;
 each notebook ends with its total. ``--csv FILE`` writes the same rows, with full messages.
 
+A submission whose file name contains the name of a published exercise (``ex01_sequences`` in
+``alice_ex01_sequences.ipynb``) is held to that exercise's tasks and points: a graded cell that
+was deleted counts as a failed task, and edited points metadata is ignored. The published
+exercises are read from ``--exercises DIR`` (default: the ``exercises/`` folder of the repository
+seqlib is installed from).
+
 Exit status: 0 when every task of every notebook passed; 1 when any task failed (or a notebook
 has no graded cells); 2 for a usage error (a missing path, a file that is not a notebook).
 """
@@ -44,6 +50,51 @@ def find_notebooks(paths: list[str]) -> list[tuple[Path, str]]:
         else:
             raise UsageError(f"{raw} does not exist")
     return found
+
+
+def default_exercises_dir() -> Path | None:
+    """The repository's exercises/ folder, when seqlib is installed from a clone."""
+    folder = Path(__file__).resolve().parent.parent / "exercises"
+    return folder if folder.is_dir() else None
+
+
+def published_tasks(notebook: Path, exercises_dir: Path | None) -> dict[str, float] | None:
+    """{task: points} of the published exercise the submission's name refers to, or None."""
+    if exercises_dir is None:
+        return None
+    matches = [p for p in sorted(exercises_dir.glob("*.ipynb")) if p.stem in notebook.stem]
+    if not matches:
+        return None
+    import nbformat
+
+    from .grading.cells import graded_cells
+
+    published = max(matches, key=lambda p: len(p.stem))  # the most specific name
+    return {cell.task: cell.points
+            for cell in graded_cells(nbformat.read(published, as_version=4))}
+
+
+def hold_to_published(report, tasks: dict[str, float]) -> None:
+    """Score ``report`` on the published tasks: missing ones fail, points come from the
+    published exercise, tasks it does not have fail."""
+    from .grading.runner import TaskResult
+
+    by_task = {result.task: result for result in report.results}
+    held = []
+    for task, points in tasks.items():
+        result = by_task.get(task)
+        if result is None:
+            held.append(TaskResult(report.notebook, task, points, False,
+                                   "the graded cell of this task is missing from the"
+                                   " submission: restore it from the exercise notebook"))
+            continue
+        if result.points != points:
+            report.notes.append(f"task {task!r}: points metadata changed to"
+                                f" {_points(result.points)}; scored out of {_points(points)}")
+        held.append(TaskResult(result.notebook, task, points, result.passed, result.message))
+    held += [TaskResult(r.notebook, r.task, 0.0, False, "not a task of the published exercise")
+             for r in report.results if r.task not in tasks]
+    report.results[:] = held
 
 
 def _points(value: float) -> str:
@@ -95,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="time limit for each cell, whole seconds (default: 60); a cell"
                              " over it is interrupted and fails")
     parser.add_argument("--csv", type=Path, metavar="FILE", help="also write the rows as CSV")
+    parser.add_argument("--exercises", type=Path, metavar="DIR", default=default_exercises_dir(),
+                        help="the published exercise notebooks that submissions are held to"
+                             " (default: the repository's exercises/ folder)")
     return parser
 
 
@@ -106,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--timeout must be a positive number of seconds,"
                              f" got {args.timeout}")
         notebooks = find_notebooks(args.paths)
+        if args.exercises is not None and not args.exercises.is_dir():
+            raise UsageError(f"--exercises: {args.exercises} is not a folder")
         if args.csv is not None and not args.csv.parent.is_dir():
             raise UsageError(f"--csv: the folder {args.csv.parent} does not exist")
     except UsageError as exc:
@@ -124,7 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     for path, name in notebooks:
         print(f"grading {name} ...", flush=True)
-        reports.append(grade_notebook(path, name, args.timeout))
+        report = grade_notebook(path, name, args.timeout)
+        tasks = published_tasks(path, args.exercises)
+        if tasks:
+            hold_to_published(report, tasks)
+        reports.append(report)
     print()
     print(format_table(reports))
     for report in reports:

@@ -197,3 +197,30 @@ def test_graded_cell_metadata_problems_are_named():
     assert problems[3] is None and found[3].points == 2.0
     assert "used by more than one graded cell" in problems[4]
     assert "not a code cell" in problems[5]
+
+
+def test_a_submission_is_held_to_the_published_tasks_and_points(tmp_path):
+    from seqlib.grade import hold_to_published, published_tasks
+    from seqlib.grading.runner import NotebookReport, TaskResult
+
+    submission = tmp_path / "bob_ex01_sequences.ipynb"
+    tasks = published_tasks(submission, ROOT / "exercises")
+    assert tasks == {"one-hot": 1, "bigram counts": 2, "bigram probabilities": 2,
+                     "cross-entropy": 3}
+    assert published_tasks(tmp_path / "homework.ipynb", ROOT / "exercises") is None
+    # bob deleted the cross-entropy cell, gave himself 50 points for one-hot, added a task
+    report = NotebookReport(str(submission), [
+        TaskResult(str(submission), "one-hot", 50, True, "✓"),
+        TaskResult(str(submission), "bigram counts", 2, True, "✓"),
+        TaskResult(str(submission), "bigram probabilities", 2, False, "values differ"),
+        TaskResult(str(submission), "bonus", 10, True, "✓"),
+    ])
+    hold_to_published(report, tasks)
+    scored = {r.task: (r.points, r.earned, r.passed) for r in report.results}
+    assert scored == {"one-hot": (1, 1, True), "bigram counts": (2, 2, True),
+                      "bigram probabilities": (2, 0, False), "cross-entropy": (3, 0, False),
+                      "bonus": (0, 0, False)}
+    missing = next(r for r in report.results if r.task == "cross-entropy")
+    assert "missing from the submission" in missing.message
+    assert any("points metadata changed" in note for note in report.notes)
+    assert not report.passed

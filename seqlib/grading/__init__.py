@@ -7,10 +7,15 @@ inputs against its own reference and raises ``AssertionError`` explaining the fi
 
 - ``core``: `run_check`, `Check`, `Case`, `Hint` and `find_mismatch` (compare tensors, arrays
   or numbers with tolerances and locate the first difference)
-- ``ex01``: chapter 1's checks, re-exported here
+- ``ex01``, ``ex02``, ...: each exercise's checks (listed in the module's ``__all__``),
+  re-exported here
 - ``cells``: finds and validates the graded cells of a notebook
 - ``runner``: executes notebooks and collects each task's result (``python -m seqlib.grade``)
 """
+
+import importlib
+import pkgutil
+import re
 
 from .core import (
     Case,
@@ -22,15 +27,18 @@ from .core import (
     first_difference,
     run_check,
 )
-from .ex01 import (
-    check_bigram_counts,
-    check_bigram_probabilities,
-    check_cross_entropy,
-    check_one_hot,
-)
 
-CHECKS = (check_one_hot, check_bigram_counts, check_bigram_probabilities, check_cross_entropy)
+# Each exercise's checks live in a module named exNN (ex01.py, ex02.py, ...) whose __all__ lists
+# them; they are collected here, so adding an exercise never means editing this file.
+CHECKS = tuple(
+    getattr(module, name)
+    for module in (importlib.import_module(f"{__name__}.{info.name}")
+                   for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name)
+                   if re.fullmatch(r"ex\d\d", info.name))
+    for name in module.__all__
+)
 """Every check a graded cell may call; the grade command accepts only these."""
+globals().update({check.__name__: check for check in CHECKS})
 
 __all__ = [
     "CHECKS",
@@ -39,11 +47,8 @@ __all__ = [
     "Hint",
     "Mismatch",
     "WrongAnswer",
-    "check_bigram_counts",
-    "check_bigram_probabilities",
-    "check_cross_entropy",
-    "check_one_hot",
     "find_mismatch",
     "first_difference",
     "run_check",
+    *(check.__name__ for check in CHECKS),
 ]
