@@ -7,6 +7,7 @@ a missing max-subtraction, the sum instead of the mean, log base 2, wrong dtype 
 """
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,13 +174,26 @@ MUTANTS = [
 ]
 
 
-def test_every_check_has_a_solution_and_two_mutants():
-    assert set(SOLUTIONS) == set(CHECKS)
+# Exercise 1's checks are proven here; every other exercise's in tests/test_graders_exNN.py.
+EX01_CHECKS = [check for check in CHECKS if check.__module__.endswith(".ex01")]
+
+
+def test_every_check_of_every_exercise_has_its_proofs():
+    tests = Path(__file__).resolve().parent
     for check in CHECKS:
+        number = check.__module__.rsplit(".", 1)[-1]  # "ex01", "ex02", ...
+        proofs = tests / ("test_graders.py" if number == "ex01" else f"test_graders_{number}.py")
+        assert proofs.exists(), f"{check.__name__}: no {proofs.name} proves it rejects mutants"
+        assert check.__name__ in proofs.read_text(), f"{proofs.name} never uses {check.__name__}"
+
+
+def test_every_check_has_a_solution_and_two_mutants():
+    assert set(SOLUTIONS) == set(EX01_CHECKS)
+    for check in EX01_CHECKS:
         assert sum(m[0] is check for m in MUTANTS) >= 2, f"{check.__name__}: too few mutants"
 
 
-@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("check", EX01_CHECKS, ids=lambda c: c.__name__)
 def test_check_passes_a_correct_solution(check, capsys):
     check(SOLUTIONS[check])
     line = capsys.readouterr().out.strip()
@@ -209,7 +223,7 @@ def test_value_failures_show_expected_and_returned_values():
     assert "6 of 9 entries differ" in message
 
 
-@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("check", EX01_CHECKS, ids=lambda c: c.__name__)
 def test_not_implemented_reads_as_not_attempted(check):
     def stub(*args):
         raise NotImplementedError

@@ -5,6 +5,7 @@ Every model maps token ids ``x`` of shape (b, l) to next-token logits of shape (
 generating one token at a time; ``step`` run over a sequence equals ``forward`` on it.
 """
 
+from seqlib.models.cnn import CausalConv1d, CNNLanguageModel
 from seqlib.models.feedforward import BigramLM, FixedWindowLM
 
-__all__ = ["BigramLM", "FixedWindowLM"]
+__all__ = ["BigramLM", "CNNLanguageModel", "CausalConv1d", "FixedWindowLM"]
