@@ -21,8 +21,9 @@ v     vocabulary size
 Uppercase A, B, C, D and ``delta`` / ``dt`` are always a state space model's parameters.
 
 Submodules: ``data``, ``tokenize``, ``models``, ``train``, ``decoding``, ``plotting``,
-``utils``, ``grading``. Never ``pip install seqlib``: that name on PyPI is another project;
-this package installs from the book's repository (``pip install -e .``).
+``utils``, ``analysis`` (gradient flow through recurrent models), ``grading``.
+Never ``pip install seqlib``: that name on PyPI is another project; this package installs
+from the book's repository (``pip install -e .``).
 """
 
 __version__ = "0.1.0"

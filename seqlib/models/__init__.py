@@ -7,5 +7,18 @@ generating one token at a time; ``step`` run over a sequence equals ``forward`` 
 
 from seqlib.models.cnn import CausalConv1d, CNNLanguageModel
 from seqlib.models.feedforward import BigramLM, FixedWindowLM
+from seqlib.models.rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, RNNLanguageModel
 
-__all__ = ["BigramLM", "CNNLanguageModel", "CausalConv1d", "FixedWindowLM"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "BigramLM",
+    "CNNLanguageModel",
+    "CausalConv1d",
+    "FixedWindowLM",
+    "GRUCell",
+    "LSTMCell",
+    "RNNCell",
+    "RNNLanguageModel",
+]
