@@ -15,6 +15,11 @@ logits, only the last position, a transposed W_y.
 
 import pytest
 import torch
+from grader_proofs import (
+    assert_check_passes,
+    assert_check_rejects,
+    assert_stub_reads_as_not_attempted,
+)
 
 from seqlib.grading.ex03 import (
     __all__ as EX03_CHECKS,
@@ -305,32 +310,18 @@ def test_every_check_has_a_solution_and_two_mutants():
 @pytest.mark.parametrize("check, solution", SOLUTIONS,
                          ids=[f"{s[0].__name__}-{i}" for i, s in enumerate(SOLUTIONS)])
 def test_check_passes_a_correct_solution(check, solution, capsys):
-    check(solution)
-    line = capsys.readouterr().out.strip()
-    assert line.startswith("✓") and "cases pass" in line, line
+    assert_check_passes(check, solution, capsys)
 
 
 @pytest.mark.parametrize("check, mutant, words", MUTANTS,
                          ids=[f"{m[0].__name__}-{m[1].__name__}" for m in MUTANTS])
 def test_check_rejects_a_wrong_solution(check, mutant, words, capsys):
-    with pytest.raises(AssertionError) as failure:
-        check(mutant)
-    message = str(failure.value)
-    first_line = message.splitlines()[0]
-    assert "case" in first_line, message  # the first line alone says which case failed
-    for word in words:
-        assert word in message, f"{word!r} missing from:\n{message}"
-    assert "hint:" in message and "inputs:" in message, message
-    assert "✓" not in capsys.readouterr().out
+    assert_check_rejects(check, mutant, words, capsys)
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
 def test_not_implemented_reads_as_not_attempted(check):
-    def stub(*args):
-        raise NotImplementedError
-
-    with pytest.raises(AssertionError, match="task not attempted yet"):
-        check(stub)
+    assert_stub_reads_as_not_attempted(check)
 
 
 def test_the_worked_example_is_the_chapters():

@@ -1,0 +1,34 @@
+"""The assertions every grader proof shares (tests/test_graders*.py): a check passes a correct
+solution with its one-line success message, rejects a wrong one with a message that says which
+case failed, what it was given, and a hint, and reads a stub as "not attempted"."""
+
+import pytest
+
+
+def assert_check_passes(check, solution, capsys) -> None:
+    check(solution)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("✓") and "cases pass" in line, line
+
+
+def assert_check_rejects(check, mutant, words, capsys) -> str:
+    """Assert ``check`` rejects ``mutant`` with every phrase of ``words`` in its message;
+    return the message for further checks."""
+    with pytest.raises(AssertionError) as failure:
+        check(mutant)
+    message = str(failure.value)
+    first_line = message.splitlines()[0]
+    assert "case" in first_line, message  # the first line alone says which case failed
+    for word in words:
+        assert word in message, f"{word!r} missing from:\n{message}"
+    assert "hint:" in message and "inputs:" in message, message
+    assert "✓" not in capsys.readouterr().out
+    return message
+
+
+def assert_stub_reads_as_not_attempted(check) -> None:
+    def stub(*args):
+        raise NotImplementedError
+
+    with pytest.raises(AssertionError, match="task not attempted yet"):
+        check(stub)
