@@ -71,6 +71,22 @@ def time_ms(fn: Callable[[], Any], device: torch.device, *, repeat: int = 5,
     return 1000.0 * statistics.median(times)
 
 
+def relative_disagreement(mine: Sequence[torch.Tensor | None],
+                          theirs: Sequence[torch.Tensor | None]) -> float:
+    """Largest difference between two providers' outputs and gradients, relative to the second
+    one's largest magnitude; infinite when only one of them produced a gradient. Benchmarks
+    check it before timing, so a provider called with the wrong layout is never timed."""
+    worst = 0.0
+    for a, b in zip(mine, theirs):
+        if a is None or b is None:
+            if a is not b:
+                return float("inf")
+            continue
+        a, b = a.float(), b.float()
+        worst = max(worst, float((a - b).abs().max()) / max(float(b.abs().max()), 1e-6))
+    return worst
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

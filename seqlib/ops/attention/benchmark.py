@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from seqlib.bench import time_ms
+from seqlib.bench import relative_disagreement, time_ms
 from seqlib.utils import measure
 
 from . import CPU_TILED_FROM, attention, cpu_backend
@@ -101,14 +101,6 @@ def _outputs(fn, q, k, v, causal: bool, pass_: str, dout: torch.Tensor) -> list[
     return found
 
 
-def _disagreement(mine: list[torch.Tensor], theirs: list[torch.Tensor]) -> float:
-    """Largest difference relative to the anchor's largest magnitude, over output and grads."""
-    worst = 0.0
-    for a, b in zip(mine, theirs):
-        a, b = a.float(), b.float()
-        worst = max(worst, float((a - b).abs().max()) / max(float(b.abs().max()), 1e-6))
-    return worst
-
 
 # bf16 inputs: 8 significant bits, so two correct kernels differ by a few 1e-3 of the largest
 # value; a wrong mask or a missed rescale shows up as differences of order 1.
@@ -140,7 +132,7 @@ def _gpu_case(providers: dict[str, Callable[..., torch.Tensor]], b: int, h: int,
             if name == "naive" and not _naive_fits(b, h, length, pass_, device):
                 raise MemoryError("its (b, h, l, l) matrices would not fit")
             if name != "seqlib":
-                gap = _disagreement(mine, _outputs(fn, q, k, v, causal, pass_, dout))
+                gap = relative_disagreement(mine, _outputs(fn, q, k, v, causal, pass_, dout))
                 row["disagreement"] = gap
                 if not gap <= AGREEMENT_TOLERANCE:
                     raise AssertionError(f"disagrees with seqlib: relative difference {gap:.3g}")

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from seqlib.bench import time_ms
+from seqlib.bench import relative_disagreement, time_ms
 from seqlib.utils import measure
 
 from . import CPU_REFERENCE_FROM, cpu_backend, selective_scan_fn
@@ -95,18 +95,6 @@ def _outputs(fn, x: dict, pass_: str, dout: torch.Tensor) -> list[torch.Tensor]:
     return found
 
 
-def _disagreement(mine: list[torch.Tensor], theirs: list[torch.Tensor]) -> float:
-    """Largest difference relative to the other's largest magnitude, over output and grads."""
-    worst = 0.0
-    for a, b in zip(mine, theirs):
-        if a is None or b is None:  # a gradient one of them did not produce
-            if a is not b:
-                return float("inf")
-            continue
-        a, b = a.float(), b.float()
-        worst = max(worst, float((a - b).abs().max()) / max(float(b.abs().max()), 1e-6))
-    return worst
-
 
 def _step(fn, x: dict, pass_: str, dout: torch.Tensor) -> Callable[[], Any]:
     if pass_ == "fwd":
@@ -138,7 +126,7 @@ def _gpu_case(providers, b: int, d: int, length: int, pass_: str, device,
             if name == "reference" and grad:
                 raise MemoryError("the sequential reference is timed for the forward only")
             if name != "seqlib":
-                gap = _disagreement(mine, _outputs(fn, x, pass_, dout))
+                gap = relative_disagreement(mine, _outputs(fn, x, pass_, dout))
                 row["disagreement"] = gap
                 if not gap <= AGREEMENT_TOLERANCE:
                     raise AssertionError(f"disagrees with seqlib: relative difference {gap:.3g}")

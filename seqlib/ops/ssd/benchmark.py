@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from seqlib.bench import time_ms
+from seqlib.bench import relative_disagreement, time_ms
 from seqlib.utils import measure
 
 from . import mamba_chunk_scan_combined
@@ -108,13 +108,6 @@ def _outputs(fn, inputs, pass_, dout) -> list[torch.Tensor]:
     return found
 
 
-def _disagreement(mine: list[torch.Tensor], theirs: list[torch.Tensor]) -> float:
-    worst = 0.0
-    for a, b in zip(mine, theirs):
-        a, b = a.float(), b.float()
-        worst = max(worst, float((a - b).abs().max()) / max(float(b.abs().max()), 1e-6))
-    return worst
-
 
 def _step(fn, inputs, pass_, dout) -> Callable[[], Any]:
     if pass_ == "fwd":
@@ -144,7 +137,7 @@ def _gpu_case(b, length, h, pass_, device, gen) -> list[dict[str, Any]]:
             if name == "seqlib":
                 mine = _outputs(fn, inputs, pass_, dout)
             elif mine is not None:
-                gap = _disagreement(mine, _outputs(fn, inputs, pass_, dout))
+                gap = relative_disagreement(mine, _outputs(fn, inputs, pass_, dout))
                 row["disagreement"] = gap
                 if not gap <= AGREEMENT_TOLERANCE:
                     raise AssertionError(f"disagrees with seqlib: relative difference {gap:.3g}")
