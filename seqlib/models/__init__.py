@@ -7,6 +7,9 @@ generating one token at a time; ``step`` run over a sequence equals ``forward`` 
 
 from seqlib.models.cnn import CausalConv1d, CNNLanguageModel
 from seqlib.models.feedforward import BigramLM, FixedWindowLM
+from seqlib.models.mamba import MambaBlock, MambaLM
+from seqlib.models.mamba2 import Mamba2Block, Mamba2LM
+from seqlib.models.norm import GatedRMSNorm, RMSNorm
 from seqlib.models.rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, RNNLanguageModel
 
 __all__ = [
@@ -17,8 +20,14 @@ __all__ = [
     "CNNLanguageModel",
     "CausalConv1d",
     "FixedWindowLM",
+    "GatedRMSNorm",
     "GRUCell",
     "LSTMCell",
+    "Mamba2Block",
+    "Mamba2LM",
+    "MambaBlock",
+    "MambaLM",
+    "RMSNorm",
     "RNNCell",
     "RNNLanguageModel",
 ]
