@@ -166,3 +166,15 @@ def test_bad_inputs_name_the_argument(call, message):
     block, model = MambaBlock(12, d_state=4), MambaLM(7, d_model=8, n_layers=1)
     with pytest.raises((ValueError, TypeError), match=message):
         call(block, model)
+
+
+def test_set_backend_reaches_every_block_and_keeps_the_output(generator):
+    torch.manual_seed(0)
+    model = MambaLM(7, d_model=8, n_layers=2, d_state=4)
+    ids = torch.randint(0, 7, (2, 12), generator=generator)
+    before = model(ids)
+    assert model.set_backend("reference") is model
+    assert [layer.block.backend for layer in model.layers] == ["reference", "reference"]
+    torch.testing.assert_close(model(ids), before, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="backend must be None or one of"):
+        model.set_backend("fastest")(ids)

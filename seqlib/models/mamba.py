@@ -234,6 +234,13 @@ class _StackedLM(nn.Module):
         self.layers = nn.ModuleList(_Residual(block, d_model) for block in blocks)
         self.norm = RMSNorm(d_model)
 
+    def set_backend(self, backend: str | None) -> _StackedLM:
+        """Make every block's scan use ``backend`` (None: the default choice); returns self.
+        The name is checked by the scan on the next call."""
+        for layer in self.layers:
+            layer.block.backend = backend
+        return self
+
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.norm(h) @ self.embed.weight.T  # tied input and output embeddings
 
