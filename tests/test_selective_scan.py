@@ -184,7 +184,9 @@ def test_non_contiguous_inputs_work(generator):
 
 
 def test_backend_none_on_the_cpu_follows_the_measured_crossover(generator, monkeypatch):
-    assert cpu_backend(1) == "parallel" and cpu_backend(ss.CPU_REFERENCE_FROM) == "reference"
+    assert cpu_backend(2, 64, 16, 256) == "parallel"
+    assert cpu_backend(2, 64, 16, 1024) == "reference"
+    assert cpu_backend(64, 64, 16, 16) == "reference"
     calls = []
     monkeypatch.setattr(ss, "selective_scan_parallel",
                         lambda *a, **k: calls.append("parallel") or selective_scan_parallel(*a,

@@ -17,7 +17,7 @@ Backends:
 
 - ``"reference"`` (``reference.selective_scan_reference``): the definition, one step at a time.
 - ``"parallel"`` (``reference.selective_scan_parallel``): a log-depth (Hillis-Steele)
-  associative scan over (decay, input) pairs, with the decays kept as logarithms.
+  associative scan over (decay, input) pairs, multiplying the decays (see its docstring).
 - ``"triton"``: the fused kernels of ``triton_fwd.py`` and ``triton_bwd.py``: the state stays
   in registers, the backward recomputes it. CUDA tensors; CPU tensors only under Triton's
   interpreter (``TRITON_INTERPRET=1`` set before triton is first imported), for tests.
@@ -49,18 +49,22 @@ BACKENDS = ("reference", "parallel", "triton")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-#: Below this length the parallel scan is faster on the CPU than the sequential reference (its
-#: ceil(log2 l) whole-tensor steps beat l small ones); from it on the reference wins, because
-#: the parallel scan's O(l log l) work over (b, d, n, l) tensors no longer fits in cache.
-#: Measured on this project's 2-core CPU, one thread, (b, d, n) = (2, 64, 16), float32, forward,
-#: best of three: l = 64: reference 1.65 ms, parallel 0.70 ms; l = 512: 13.2 against 14.4 ms;
-#: l = 1024: 25 against 30 ms; l = 2048: 70 against 93 ms.
-CPU_REFERENCE_FROM = 512
+#: The parallel scan is faster on the CPU while its (b, d, n, l) tensors stay small (its
+#: ceil(log2 l) whole-tensor steps beat l small ones); once they outgrow the caches its
+#: O(l log l) work loses to the sequential reference's O(l), and far more so with a backward
+#: pass. Measured on this project's 2-core CPU, one thread, float32, softplus, best of three,
+#: forward / forward+backward in ms, reference against parallel:
+#: (b, d, n) = (2, 64, 16): l = 64: 4.1 / 15.0 against 2.9 / 8.9; l = 256: 16 / 63 against
+#: 5.9 / 44; l = 512: 33 / 124 against 17 / 124.
+#: (b, d, n) = (64, 64, 16): l = 16: 7.7 / 19 against 17 / 70; l = 256: 135 / 377 against
+#: 862 / 7495.
+CPU_PARALLEL_UP_TO = 2 ** 19
 
 
-def cpu_backend(length: int) -> str:
-    """The PyTorch backend that ``backend=None`` uses off the GPU for this length."""
-    return "reference" if length >= CPU_REFERENCE_FROM else "parallel"
+def cpu_backend(b: int, d: int, n: int, length: int) -> str:
+    """The PyTorch backend that ``backend=None`` uses off the GPU for a scan of this size:
+    "parallel" while b * d * n * l <= ``CPU_PARALLEL_UP_TO`` elements, else "reference"."""
+    return "parallel" if b * d * n * length <= CPU_PARALLEL_UP_TO else "reference"
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
@@ -173,7 +177,7 @@ def _choose_backend(u, tensors, backend: str | None) -> str:
     if (u.device.type == "cuda" and _triton_dtypes_ok(*tensors)
             and _triton_problem(u.device) is None):
         return "triton"
-    return cpu_backend(u.shape[2])
+    return cpu_backend(u.shape[0], u.shape[1], tensors[2].shape[1], u.shape[2])
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

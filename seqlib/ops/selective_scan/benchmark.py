@@ -29,7 +29,7 @@ import torch
 from seqlib.bench import relative_disagreement, time_ms
 from seqlib.utils import measure
 
-from . import CPU_REFERENCE_FROM, cpu_backend, selective_scan_fn
+from . import CPU_PARALLEL_UP_TO, cpu_backend, selective_scan_fn
 
 GPU_SHAPES = [(4, 2048, 2048), (2, 4096, 8192), (8, 2048, 4096)]  # (b, d, l)
 STATE = 16
@@ -206,8 +206,9 @@ def run_cpu(device: torch.device, quick: bool) -> dict[str, Any]:
             for length in lengths for pass_ in ("fwd", "fwd+bwd")
             for backend in ("reference", "parallel")]
     return {"dtype": "float32", "torch_threads": torch.get_num_threads(),
-            "backend_none_picks": {str(n): cpu_backend(n) for n in lengths},
-            "cpu_reference_from": CPU_REFERENCE_FROM, "rows": rows}
+            "backend_none_picks": {str(length): cpu_backend(b, d, n, length)
+                                   for length in lengths},
+            "cpu_parallel_up_to": CPU_PARALLEL_UP_TO, "rows": rows}
 
 
 def run(device: torch.device, quick: bool = False) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def expand_groups(M: torch.Tensor, d: int, dtype: torch.dtype, grouped: bool) ->
     if not grouped:
         return M.unsqueeze(1)
     g = M.shape[1]
-    return M.repeat_interleave(d // g, dim=1)
+    return M if g == d else M.repeat_interleave(d // g, dim=1)
 
 
 def _finish(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
@@ -92,10 +92,13 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     else:
         x = initial_state.to(dtype)
     ys = []
-    for t in range(length):
-        decay = torch.exp(dt[:, :, t, None] * Ac)  # (b, d, n)
-        x = decay * x + (dt[:, :, t] * uc[:, :, t])[:, :, None] * Bc[..., t]  # (b, d, n)
-        ys.append((x * Cc[..., t]).sum(-1))  # (b, d)
+    # unbound once: indexing [..., t] inside the loop would make every step's backward fill a
+    # zero tensor of the whole (b, d, n, l) size
+    steps = zip(dt.unbind(-1), uc.unbind(-1), Bc.unbind(-1), Cc.unbind(-1))
+    for dt_t, u_t, B_t, C_t in steps:
+        decay = torch.exp(dt_t[:, :, None] * Ac)  # (b, d, n)
+        x = decay * x + (dt_t * u_t)[:, :, None] * B_t  # (b, d, n)
+        ys.append((x * C_t).sum(-1))  # (b, d)
     y = torch.stack(ys, dim=-1) if ys else uc.new_zeros((b, d, 0))  # (b, d, l)
     out = _finish(y, uc, D, z, dtype).to(u.dtype)
     return (out, x) if return_last_state else out
