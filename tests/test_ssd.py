@@ -319,11 +319,13 @@ def test_non_contiguous_inputs(backend, generator):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_backend_none_on_the_cpu_is_the_chunked_form(generator, monkeypatch):
+@pytest.mark.parametrize("length, expected", [(5, "ssd_quadratic"), (16, "ssd_quadratic"),
+                                              (17, "ssd_chunked")])
+def test_backend_none_on_the_cpu_picks_by_length(length, expected, generator, monkeypatch):
     calls = []
-    real = ssd_module.ssd_chunked
-    monkeypatch.setattr(ssd_module, "ssd_chunked", lambda *a, **k: calls.append(1) or real(*a, **k))
-    args, _ = make_inputs(1, 5, 2, 2, 1, 3, generator)
+    real = getattr(ssd_module, expected)
+    monkeypatch.setattr(ssd_module, expected, lambda *a, **k: calls.append(1) or real(*a, **k))
+    args, _ = make_inputs(1, length, 2, 2, 1, 3, generator)
     mamba_chunk_scan_combined(*args, 16)
     assert calls == [1]
 

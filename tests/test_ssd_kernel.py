@@ -1,5 +1,6 @@
-"""seqlib's Triton SSD kernels (the four forward stages behind ``function.TritonSSD``) against the
-float64 recurrence.
+"""seqlib's Triton SSD kernels (the four forward and five backward stages behind
+``function.TritonSSD``) against the float64 recurrence, and each backward stage against autograd
+through its PyTorch twin.
 
 Without a GPU the kernels run under Triton's interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1) on small shapes; with a GPU the same configurations run on CUDA with
@@ -43,12 +44,13 @@ DEVICES = [
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # The options and their values; CONFIGS covers every pair of values of any two options (checked
-# below). Lengths cross the chunk edges; "sliced" inputs have a last-dimension stride of 2,
-# "transposed" ones are (l, b)-major views; "sum" is the zero-stride upstream gradient of
+# below). Lengths cross the chunk edges; chunk 128 is more than one 64-position block, so the
+# kernels' loops over the blocks of a chunk run too; "sliced" inputs have a last-dimension stride
+# of 2, "transposed" ones are (l, b)-major views; "sum" is the zero-stride upstream gradient of
 # out.sum().backward(); "pn" pairs head dim p with state size n (odd sizes need masks).
 OPTIONS = {
     "length": [1, 17, 33, 64, 65, 129],
-    "chunk": [16, 32, 64],
+    "chunk": [16, 32, 64, 128],
     "dtype": ["fp32", "fp16", "bf16"],
     "groups": [1, 2],
     "D": [None, "h", "hp"],
@@ -103,10 +105,10 @@ def _layout(t, layout):
     return t
 
 
-def make(config, device, gen):
+def make(config, device, gen, heads=None):
     """(tensor arguments in the config's dtype and layout, keyword options, upstream grads)."""
     scale = 8 if device == "cuda" else 1
-    b, length, h = 2, config["length"] * scale, 4 if device == "cuda" else 2
+    b, length, h = 2, config["length"] * scale, heads or (4 if device == "cuda" else 2)
     p, n = config["pn"]
     g = config["groups"]
     dtype = DTYPES[config["dtype"]]
@@ -348,3 +350,221 @@ def test_linear_attention_runs_on_the_kernels(dtype):
         err, ref_err = (kv.double() - e).abs().max().item(), (r.double() - e).abs().max().item()
         slack = 1e-5 * (max(1.0, e.abs().max().item()) if name in ("state", "d3") else 1.0)
         assert err <= 2 * ref_err + slack, f"{name}: {err:.3g} vs {ref_err:.3g}"
+
+
+# ---- the fused backward ------------------------------------------------------------------------
+
+def _base_config(**changes):
+    config = dict(length=50, chunk=16, dtype="fp32", groups=1, D="h", z=True,
+                  softplus_bias=True, initial=True, layout="contiguous", upstream="random",
+                  pn=(8, 16))
+    config.update(changes)
+    return config
+
+
+def _all_grads(fn, args, kwargs, loss):
+    """Output, final state and every gradient (zeros where none arrives) under ``loss``."""
+    args = [t.detach().clone().requires_grad_(True) for t in args]
+    kwargs = {k: (v.detach().clone().requires_grad_(True) if isinstance(v, torch.Tensor) else v)
+              for k, v in kwargs.items()}
+    out, final = fn(*args, **kwargs)
+    loss(out, final).backward()
+    leaves = dict(zip(["x", "dt", "A", "B", "C"], args))
+    leaves.update({k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)})
+    grads = {"d" + k: t.grad if t.grad is not None else torch.zeros_like(t)
+             for k, t in leaves.items()}
+    return {"out": out, "final": final, **grads}
+
+
+def _check_against_reference(config, loss, heads=None):
+    """The Triton backend against the float64 recurrence by the accuracy rule, under ``loss``;
+    returns the kernel's results."""
+    gen = torch.Generator().manual_seed(SEED_BASE + zlib.crc32(repr((config, heads)).encode()))
+    args, kwargs, _ = make(config, _device(), gen, heads=heads)
+    chunk = config["chunk"]
+
+    def triton_fn(*a, **k):
+        return mamba_chunk_scan_combined(*a, chunk, **k, return_final_states=True,
+                                         backend="triton")
+
+    def ref_fn(*a, **k):
+        return ssd_reference(*a, **k, return_final_states=True)
+
+    def chunked_fn(*a, **k):
+        return mamba_chunk_scan_combined(*a, chunk, **k, return_final_states=True,
+                                         backend="chunked")
+
+    kernel = _all_grads(triton_fn, args, kwargs, loss)
+    exact = _all_grads(ref_fn, [t.double() for t in args],
+                       {k: v.double() if isinstance(v, torch.Tensor) else v
+                        for k, v in kwargs.items()}, loss)
+    lowps = [_all_grads(fn, args, kwargs, loss) for fn in (ref_fn, chunked_fn)]
+    check_accuracy(kernel, exact, lowps, DTYPES[config["dtype"]], str(config))
+    return kernel
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_out_sum_backward_gives_a_zero_stride_gradient(dtype):
+    """``out.sum().backward()`` alone: the upstream gradient is one number broadcast with zero
+    strides, and no gradient reaches the final state (the backward gets None for it)."""
+    strides = []
+
+    def loss(out, final):
+        out.register_hook(lambda g: strides.append(g.stride()))
+        return out.sum()
+
+    _check_against_reference(_base_config(dtype=dtype), loss)
+    assert set(strides[0]) == {0}, strides   # the kernel's run got what this test says
+
+
+def test_gradient_through_the_final_state_only():
+    """Only the final state is used (a later segment's initial state, say): the output gets no
+    gradient, and x, dt, A, B, dt_bias and the initial state still get theirs, C, D and z
+    none (zeros)."""
+    w = torch.randn(2, 2, 8, 16, generator=torch.Generator().manual_seed(5)).to(_device())
+    kernel = _check_against_reference(_base_config(length=40),
+                                      lambda out, final: (final * w).sum())
+    for name in ("dC", "dD", "dz"):
+        assert not kernel[name].any(), name
+
+
+@pytest.mark.parametrize("length, chunk, dtype", [(17, 16, "fp32"), (50, 32, "bf16"),
+                                                  (130, 128, "fp32")])
+def test_padding_passes_no_gradient(length, chunk, dtype):
+    """mamba_ssm#352 and #368: a length that leaves the last chunk part-filled, with dt_bias and
+    softplus on. A padded position's dt' is the constant 0, so no gradient may flow from it:
+    dt and dt_bias enter only as their sum, so d dt_bias must equal the sum of d dt over batch
+    and length. dt_bias is large here, so that a leaked softplus(dt_bias) would be large too."""
+    config = _base_config(length=length, chunk=chunk, dtype=dtype, D=None, z=False)
+    up = torch.randn(2, length, 2, 8, generator=torch.Generator().manual_seed(length))
+    up = up.to(_device())
+    bias = torch.full((2,), 3.0, device=_device())
+
+    def loss(out, final):
+        return (out.float() * up).sum() + final.sum()
+
+    gen = torch.Generator().manual_seed(SEED_BASE + zlib.crc32(repr(config).encode()))
+    args, kwargs, _ = make(config, _device(), gen)
+    kwargs["dt_bias"] = bias
+    kernel = _all_grads(lambda *a, **k: mamba_chunk_scan_combined(
+        *a, chunk, **k, return_final_states=True, backend="triton"), args, kwargs, loss)
+    exact = _all_grads(lambda *a, **k: ssd_reference(*a, **k, return_final_states=True),
+                       [t.double() for t in args],
+                       {k: v.double() if isinstance(v, torch.Tensor) else v
+                        for k, v in kwargs.items()}, loss)
+    for name, value in kernel.items():
+        assert torch.isfinite(value).all(), name
+    tol = 1e-4 if dtype == "fp32" else 2e-2
+    scale = exact["ddt_bias"].abs().max().item()
+    torch.testing.assert_close(kernel["ddt_bias"].double(), exact["ddt_bias"], rtol=0,
+                               atol=tol * scale)
+    torch.testing.assert_close(kernel["ddt_bias"].double(),
+                               kernel["ddt"].double().sum((0, 1)), rtol=0, atol=tol * scale)
+    torch.testing.assert_close(kernel["ddt"].double(), exact["ddt"], rtol=0,
+                               atol=tol * exact["ddt"].abs().max().item())
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+def test_groups_of_two_heads_share_B_and_C(splits, monkeypatch):
+    """g = 2 groups of 2 heads each: dB and dC are sums over the heads of a group. With
+    splits=2 the two heads of a group sit in different programs, whose sums the launchers add
+    (the path a GPU takes to have enough programs)."""
+    from seqlib.ops.ssd import triton_chunk_scan_bwd, triton_chunk_state_bwd
+
+    for module in (triton_chunk_scan_bwd, triton_chunk_state_bwd):
+        monkeypatch.setattr(module, "head_splits", lambda *args: splits)
+    config = _base_config(length=40, groups=2, dtype="bf16" if splits == 2 else "fp32",
+                          D="hp")
+    _check_against_reference(config, lambda out, final: (
+        (out.double() * torch.linspace(-1, 1, out.shape[1], dtype=torch.float64,
+                                       device=out.device)[:, None, None]).sum()
+        + final.double().sum()), heads=4)
+
+
+def _chunks(t, c, q):
+    """(b, l, k, m) -> (b, c, q, k, m), zero-padded at the end (differentiable)."""
+    pad = torch.nn.functional.pad(t, (0, 0, 0, 0, 0, c * q - t.shape[1]))
+    return pad.reshape(t.shape[0], c, q, *t.shape[2:])
+
+
+@pytest.mark.parametrize("dtype, chunk", [("fp32", 16), ("bf16", 16), ("fp32", 128)])
+def test_each_backward_stage_matches_autograd_through_its_twin(dtype, chunk):
+    """Every backward kernel against autograd through the stage twins of ``reference.py``
+    (``chunk_cumsum_ref`` -> ``chunk_state_ref`` -> ``state_passing_ref`` -> ``chunk_scan_ref``
+    -> D and the gate), each kernel fed the twins' own intermediate values and gradients so
+    that no error is handed down: the gradient of each entering state, of each chunk's own
+    state (and the initial one), of dt' and of the cumulative sums, and of every input. Two
+    groups of two heads, a part-filled last chunk, gate, D (h, p), bias and softplus; chunk 128
+    has two blocks per chunk. The kernels hand the decay's gradient over in three parts (see
+    ``triton_chunk_cumsum_bwd``), whose sum is checked against the twins' reverse cumulative
+    sum of d(cumsum)."""
+    from seqlib.ops.ssd.reference import _finish, _heads
+    from seqlib.ops.ssd.triton_chunk_cumsum_bwd import chunk_cumsum_bwd
+    from seqlib.ops.ssd.triton_chunk_scan_bwd import chunk_scan_bwd_dc, chunk_scan_bwd_dstates
+    from seqlib.ops.ssd.triton_chunk_state_bwd import chunk_state_bwd
+    from seqlib.ops.ssd.triton_state_passing_bwd import state_passing_bwd
+
+    gen = torch.Generator().manual_seed(zlib.crc32(repr(("stages", dtype, chunk)).encode()))
+    dev, low = _device(), DTYPES[dtype]
+    b, length, h, p, g, n = 1, 40 if chunk == 16 else 150, 4, 8, 2, 16
+    c = -(-length // chunk)
+
+    def rnd(*shape, dtype=torch.float32):
+        return torch.randn(*shape, generator=gen).to(dtype).to(dev)
+
+    x, z, dout = (rnd(b, length, h, p, dtype=low) for _ in range(3))
+    B, C = rnd(b, length, g, n, dtype=low), rnd(b, length, g, n, dtype=low)
+    dt, A, bias = rnd(b, length, h) - 1.0, -torch.rand(h, generator=gen).to(dev), rnd(h)
+    D, s0, dfinal = rnd(h, p), rnd(b, h, p, n), rnd(b, h, p, n)
+
+    leaves = {k: v.float().clone().requires_grad_(True)
+              for k, v in dict(x=x, z=z, B=B, C=C, dt=dt, A=A, bias=bias, D=D, s0=s0).items()}
+    dtp_graph, cums_graph = chunk_cumsum_ref(leaves["dt"], leaves["A"], leaves["bias"], True,
+                                             chunk, torch.float32)
+    # cut here: the kernels take d dt' and d cumsum from the later stages, and stage 1's
+    # backward turns them into d dt, dA and d dt_bias
+    dtp, cums = (t.detach().contiguous().requires_grad_(True) for t in (dtp_graph, cums_graph))
+    xc = _chunks(leaves["x"], c, chunk)
+    Bc, Cc = (_chunks(_heads(leaves[k], h), c, chunk) for k in ("B", "C"))
+    states = chunk_state_ref(xc, Bc, dtp, cums)
+    entering, final = state_passing_ref(states, cums, leaves["s0"])
+    y = chunk_scan_ref(xc, Bc, Cc, dtp, cums, entering).reshape(b, c * chunk, h, p)[:, :length]
+    out = _finish(y, leaves["x"], leaves["D"], leaves["z"])
+    for t in (states, entering):
+        t.retain_grad()
+    ((out * dout.float()).sum() + (final * dfinal).sum()).backward()
+    torch.autograd.backward([dtp_graph, cums_graph], [dtp.grad, cums.grad])
+    twin = {k: v.grad for k, v in leaves.items()}
+    twin.update(dtp=dtp.grad, cums=cums.grad, states=states.grad, entering=entering.grad)
+    dtp, cums, entering = dtp.detach(), cums.detach(), entering.detach()
+
+    def close(name, kernel, ref, ulps=1):
+        """fp32 results to fp32 rounding; results in a 16-bit dtype to ``ulps`` of it."""
+        tol = 1e-5 if kernel.dtype == torch.float32 else ulps * 2.0 ** -8
+        scale = max(ref.abs().max().item(), 1e-30)
+        err = (kernel.double() - ref.double()).abs().max().item()
+        assert err <= tol * scale, f"{name}: error {err:.3g}, largest value {scale:.3g}"
+
+    d_in = chunk_scan_bwd_dstates(dout, z, C, cums)                     # stage 1
+    close("d entering", d_in, twin["entering"])
+    d_end, d_last, d_s0 = state_passing_bwd(twin["entering"].clone(), cums, entering, dfinal,
+                                            True)                         # stage 2
+    close("d chunk states", d_end, twin["states"])
+    close("d initial", d_s0, twin["s0"])
+    dC, dz, d_enter = chunk_scan_bwd_dc(x, B, C, dout, z, D, dtp, cums, entering)  # stage 3
+    close("dC", dC, twin["C"])
+    close("dz", dz, twin["z"])
+    dx, dB, ddtp, quad, dD = chunk_state_bwd(x, B, C, dout, z, D, dtp, cums,
+                                             twin["states"])             # stage 4
+    close("dx", dx, twin["x"])
+    close("dB", dB, twin["B"])
+    close("d dt'", ddtp, twin["dtp"])
+    close("dD", dD, twin["D"])
+    reverse = twin["cums"].flip(-1).cumsum(-1).flip(-1)                     # R_j of the twins
+    parts = d_last.sum(-1)[..., None] + d_enter.flip(-1).cumsum(-1).flip(-1) + quad.sum(3)
+    close("R (sum of the decay's parts)", parts, reverse)
+    ddt, dA, dbias = chunk_cumsum_bwd(twin["dtp"], twin["cums"], dtp, dt, A, bias, True)  # stage 5
+    close("d dt", ddt, twin["dt"])
+    close("dA", dA, twin["A"])
+    close("d dt_bias", dbias, twin["bias"])
+    assert dx.dtype == dz.dtype == dB.dtype == dC.dtype == low
