@@ -21,7 +21,6 @@ works where Triton is not installed (macOS, Windows).
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from .core import Case, Check, Hint, WrongAnswer, run_check
+from .triton_tasks import kernel_source, triton_problem
 
 __all__ = [
     "check_flash_forward_kernel",
@@ -275,8 +275,6 @@ def check_online_softmax_attention(online_softmax_attention) -> None:
 # ---------------------------------------------------------------------------------------------
 # The online-softmax forward kernel in Triton
 
-_NEEDS_TRITON = ("this task needs Triton, which is not installed here (it has no macOS or"
-                 " Windows wheels): run this notebook on Linux, WSL2 or Colab")
 _JUNK = 1.0e4  # what lies just past each input's rows and columns: reading it shows at once
 _UNWRITTEN = float("nan")  # what the output buffers hold before the launch
 
@@ -299,31 +297,6 @@ def _padded_copy(x: torch.Tensor, extra_rows: int, extra_cols: int, transposed: 
     return view
 
 
-def _triton_problem(kernel) -> tuple[str | None, bool]:
-    """(why the kernel cannot be launched here or None, whether Triton is interpreting)."""
-    try:
-        import triton
-    except ImportError:
-        return _NEEDS_TRITON, False
-    from triton.runtime.interpreter import InterpretedFunction
-
-    interpreting = isinstance(kernel, InterpretedFunction)
-    if not (interpreting or isinstance(kernel, triton.runtime.JITFunction)):
-        return (f"it expects your kernel, the function decorated with @triton.jit, as in"
-                f" `check_flash_forward_kernel(flash_forward_kernel)`; it got a"
-                f" {type(kernel).__name__}"), interpreting
-    if not interpreting and not torch.cuda.is_available():
-        return ("there is no CUDA GPU here, so the kernel must run under Triton's interpreter,"
-                " and Triton was imported before TRITON_INTERPRET=1 was set: restart the"
-                " kernel and run the notebook from its first cell"), interpreting
-    return None, interpreting
-
-
-def _kernel_source(kernel) -> str:
-    try:
-        return inspect.getsource(kernel.fn)
-    except (OSError, TypeError, AttributeError):
-        return ""
 
 
 def _flash_reference(q, k, v, block_m, block_n, layout) -> torch.Tensor:
@@ -342,7 +315,7 @@ def _launcher(kernel, device: torch.device, atol: float, rtol: float):
     import triton
 
     def launch(q, k, v, block_m, block_n, layout):
-        if "raise NotImplementedError" in _kernel_source(kernel):
+        if "raise NotImplementedError" in kernel_source(kernel):
             raise NotImplementedError
         lq, d = q.shape
         lk = k.shape[0]
@@ -456,7 +429,8 @@ def check_flash_forward_kernel(flash_forward_kernel) -> None:
     launched with grid (cdiv(lq, BLOCK_M),) on one head, it must write O = softmax(scale q k^T)
     v and lse = the natural log-sum-exp of each row's scaled scores."""
     title = "flash forward kernel"
-    problem, interpreting = _triton_problem(flash_forward_kernel)
+    problem, interpreting = triton_problem(
+        flash_forward_kernel, "check_flash_forward_kernel(flash_forward_kernel)")
     if problem is not None:
         raise AssertionError(f"{title}: {problem}")
     device = torch.device("cpu" if interpreting else "cuda")

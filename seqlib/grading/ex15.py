@@ -29,7 +29,6 @@ works where Triton is not installed (macOS, Windows).
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 
@@ -38,6 +37,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..ops.selective_scan.reference import selective_scan_reference
 from .core import Case, Check, Hint, WrongAnswer, describe, find_mismatch, run_check
+from .triton_tasks import kernel_source, triton_problem
 
 __all__ = [
     "check_parallel_scan",
@@ -493,38 +493,12 @@ def check_parallel_scan(parallel_scan) -> None:
 # ---------------------------------------------------------------------------------------------
 # Task 4: the selective-scan kernel in Triton
 
-_NEEDS_TRITON = ("this task needs Triton, which is not installed here (it has no macOS or"
-                 " Windows wheels): run this notebook on Linux, WSL2 or Colab")
 _KERNEL_EXAMPLE = "check_selective_scan_kernel(selective_scan_kernel)"
 _JUNK = float("nan")  # what lies past each input's last channel and last state
 _UNWRITTEN = -3.25e29  # what y's buffer holds before the launch
 _SPARE = 8  # extra entries along every axis of a buffer but the batch
 
 
-def _triton_problem(kernel) -> tuple[str | None, bool]:
-    """(why the kernel cannot be launched here or None, whether Triton is interpreting)."""
-    try:
-        import triton
-    except ImportError:
-        return _NEEDS_TRITON, False
-    from triton.runtime.interpreter import InterpretedFunction
-
-    interpreting = isinstance(kernel, InterpretedFunction)
-    if not (interpreting or isinstance(kernel, triton.runtime.JITFunction)):
-        return (f"it expects your kernel, the function decorated with @triton.jit, as in"
-                f" `{_KERNEL_EXAMPLE}`; it got a {type(kernel).__name__}"), interpreting
-    if not interpreting and not torch.cuda.is_available():
-        return ("there is no CUDA GPU here, so the kernel must run under Triton's interpreter,"
-                " and Triton was imported before TRITON_INTERPRET=1 was set: restart the"
-                " kernel and run the notebook from its first cell"), interpreting
-    return None, interpreting
-
-
-def _kernel_source(kernel) -> str:
-    try:
-        return inspect.getsource(kernel.fn)
-    except (OSError, TypeError, AttributeError):
-        return ""
 
 
 def _buffer(shape: tuple[int, ...], layout: str, batched: bool, fill, dtype,
@@ -599,7 +573,7 @@ def _launcher(kernel, device: torch.device):
     import triton
 
     def launch(u, delta, A, B, C, block_d, layout, junk=_JUNK):
-        if "raise NotImplementedError" in _kernel_source(kernel):
+        if "raise NotImplementedError" in kernel_source(kernel):
             raise NotImplementedError
         b, d, length = u.shape
         n = A.shape[1]
@@ -702,7 +676,7 @@ def check_selective_scan_kernel(selective_scan_kernel) -> None:
     sequence j over time, h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t, and writes
     y_t = sum_n C_t h_t."""
     title = "selective-scan kernel"
-    problem, interpreting = _triton_problem(selective_scan_kernel)
+    problem, interpreting = triton_problem(selective_scan_kernel, _KERNEL_EXAMPLE)
     if problem is not None:
         raise AssertionError(f"{title}: {problem}")
     device = torch.device("cpu" if interpreting else "cuda")

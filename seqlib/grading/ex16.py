@@ -30,7 +30,6 @@ works where Triton is not installed (macOS, Windows).
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import sys
@@ -42,6 +41,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..ops.ssd import reference as _ssd
 from .core import Case, Check, Hint, WrongAnswer, run_check
+from .triton_tasks import kernel_source, triton_problem
 
 __all__ = [
     "check_chunk_state_kernel",
@@ -457,38 +457,12 @@ def check_ssd_chunked(ssd_chunked) -> None:
 # ---------------------------------------------------------------------------------------------
 # Task 4: the chunk-state kernel in Triton
 
-_NEEDS_TRITON = ("this task needs Triton, which is not installed here (it has no macOS or"
-                 " Windows wheels): run this notebook on Linux, WSL2 or Colab")
 _JUNK = float("nan")  # what lies past each input's last position and last column
 _UNWRITTEN = -1.2345e30  # what the states' buffer holds before the launch
 _SPARE = 16  # extra positions, heads and columns around each buffer's data
 _KERNEL_EXAMPLE = "check_chunk_state_kernel(chunk_state_kernel)"
 
 
-def _triton_problem(kernel) -> tuple[str | None, bool]:
-    """(why the kernel cannot be launched here or None, whether Triton is interpreting)."""
-    try:
-        import triton
-    except ImportError:
-        return _NEEDS_TRITON, False
-    from triton.runtime.interpreter import InterpretedFunction
-
-    interpreting = isinstance(kernel, InterpretedFunction)
-    if not (interpreting or isinstance(kernel, triton.runtime.JITFunction)):
-        return (f"it expects your kernel, the function decorated with @triton.jit, as in"
-                f" `{_KERNEL_EXAMPLE}`; it got a {type(kernel).__name__}"), interpreting
-    if not interpreting and not torch.cuda.is_available():
-        return ("there is no CUDA GPU here, so the kernel must run under Triton's interpreter,"
-                " and Triton was imported before TRITON_INTERPRET=1 was set: restart the"
-                " kernel and run the notebook from its first cell"), interpreting
-    return None, interpreting
-
-
-def _kernel_source(kernel) -> str:
-    try:
-        return inspect.getsource(kernel.fn)
-    except (OSError, TypeError, AttributeError):
-        return ""
 
 
 def _in_buffer(shape: tuple[int, ...], layout: str, order: tuple[int, ...], fill,
@@ -564,7 +538,7 @@ def _launcher(kernel, device: torch.device):
     import triton
 
     def launch(x, dt, A, B, chunk_size, layout, junk=_JUNK):
-        if "raise NotImplementedError" in _kernel_source(kernel):
+        if "raise NotImplementedError" in kernel_source(kernel):
             raise NotImplementedError
         b, length, h, p = x.shape
         n = B.shape[-1]
@@ -678,7 +652,7 @@ def check_chunk_state_kernel(chunk_state_kernel) -> None:
     launched with grid (c, h, b), program (k, j, i) must write chunk k's own end state for head
     j of sequence i, states[i, k, j] = sum_s exp(r_last - r_s) dt_s x_s B_s^T, (p, n)."""
     title = "chunk-state kernel"
-    problem, interpreting = _triton_problem(chunk_state_kernel)
+    problem, interpreting = triton_problem(chunk_state_kernel, _KERNEL_EXAMPLE)
     if problem is not None:
         raise AssertionError(f"{title}: {problem}")
     device = torch.device("cpu" if interpreting else "cuda")
