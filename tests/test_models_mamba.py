@@ -178,3 +178,28 @@ def test_set_backend_reaches_every_block_and_keeps_the_output(generator):
     torch.testing.assert_close(model(ids), before, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="backend must be None or one of"):
         model.set_backend("fastest")(ids)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: MambaBlock(8)(torch.randn(1, 3, 8, dtype=torch.float64)),
+     r"x has dtype torch.float64.*parameters are torch.float32"),
+    (lambda: MambaBlock(8).step(torch.randn(1, 8, dtype=torch.float64),
+                                MambaBlock(8).init_state(1)), r"x_t has dtype"),
+    (lambda: MambaBlock(8, selective="no"), r"selective must be True or False"),
+    (lambda: GatedRMSNorm(8)(torch.randn(2, 8), None), r"z must be a torch.Tensor"),
+])
+def test_mixed_dtypes_and_bad_options_are_refused(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()
+
+
+@pytest.mark.parametrize("selective", [True, False])
+def test_empty_sequence_passes_the_state_through(selective, generator):
+    block = _block(selective)
+    _, state = block.forward_with_state(
+        torch.randn(2, 5, 12, dtype=torch.float64, generator=generator))
+    y, same = block.forward_with_state(torch.zeros(2, 0, 12, dtype=torch.float64), state)
+    assert y.shape == (2, 0, 12)
+    assert all(torch.equal(a, b) for a, b in zip(same, state))
+    logits = MambaLM(5, d_model=8, n_layers=1)(torch.zeros(1, 0, dtype=torch.long))
+    assert logits.shape == (1, 0, 5)

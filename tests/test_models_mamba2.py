@@ -120,10 +120,19 @@ def test_language_model_learns_with_fit_and_samples():
      r"state.ssm must have shape \(2, 4, 8, 8\)"),
     (lambda b: Mamba2Block(16, head_dim=12), r"head_dim=12 must divide"),
     (lambda b: Mamba2Block(16, head_dim=8, n_groups=3), r"n_groups=3 must divide the 4 heads"),
-    (lambda b: Mamba2Block(16, head_dim=8, chunk_size=24)(torch.randn(1, 4, 16)),
-     r"chunk_size"),
+    (lambda b: Mamba2Block(16, head_dim=8, chunk_size=24), r"chunk_size must be a power of two"),
+    (lambda b: b(torch.randn(1, 4, 16, dtype=torch.float64)), r"x has dtype torch.float64"),
 ])
 def test_bad_inputs_name_the_argument(call, message):
     block = _block(dtype=torch.float32)
     with pytest.raises((ValueError, TypeError), match=message):
         call(block)
+
+
+def test_empty_sequence_passes_the_state_through(generator):
+    block = _block()
+    _, state = block.forward_with_state(
+        torch.randn(2, 5, 16, dtype=torch.float64, generator=generator))
+    y, same = block.forward_with_state(torch.zeros(2, 0, 16, dtype=torch.float64), state)
+    assert y.shape == (2, 0, 16)
+    assert all(torch.equal(a, b) for a, b in zip(same, state))

@@ -56,12 +56,27 @@ def init_dt_bias(channels: int, dt_min: float = 1e-3, dt_max: float = 1e-1) -> t
     return dt + torch.log(-torch.expm1(-dt))
 
 
-def _check_sequence(x: torch.Tensor, d_model: int, name: str = "x") -> None:
+def _check_input(x: torch.Tensor, d_model: int, like: torch.Tensor, name: str,
+                 leading: tuple[str, ...]) -> None:
+    """ValueError unless x has shape (*leading, d_model) and the parameters' dtype and device."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 3 or x.shape[2] != d_model:
-        raise ValueError(f"{name} must have shape (b, l, d_model) = (b, l, {d_model}), "
-                         f"got shape {tuple(x.shape)}")
+    if x.ndim != len(leading) + 1 or x.shape[-1] != d_model:
+        letters = ", ".join(leading)
+        raise ValueError(f"{name} must have shape ({letters}, d_model) = ({letters}, {d_model}),"
+                         f" got shape {tuple(x.shape)}")
+    if x.dtype != like.dtype or x.device != like.device:
+        raise ValueError(f"{name} has dtype {x.dtype} on {x.device}, but the block's parameters "
+                         f"are {like.dtype} on {like.device}: convert one to the other "
+                         f"(e.g. block.to(x.dtype))")
+
+
+def _check_sequence(x: torch.Tensor, d_model: int, like: torch.Tensor) -> None:
+    _check_input(x, d_model, like, "x", ("b", "l"))
+
+
+def _check_token(x_t: torch.Tensor, d_model: int, like: torch.Tensor) -> None:
+    _check_input(x_t, d_model, like, "x_t", ("b",))
 
 
 def _check_state_tensor(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -77,6 +92,8 @@ class MambaBlock(nn.Module):
                  dt_rank: int | None = None, *, selective: bool = True,
                  backend: str | None = None):
         super().__init__()
+        if not isinstance(selective, bool):
+            raise TypeError(f"selective must be True or False, got {selective!r}")
         dt_rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
         _check_positive(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand,
                         dt_rank=dt_rank)
@@ -155,7 +172,7 @@ class MambaBlock(nn.Module):
         """The tensors the block hands to the selective scan for x (b, l, d_model), from a zero
         state, for looking at: u, delta (after bias and softplus), z (b, d, l), A (d, n), B
         and C ((b, n, l), or (b, d, n, l) when not selective)."""
-        _check_sequence(x, self.d_model)
+        _check_sequence(x, self.d_model, self.conv_weight)
         u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)
         u, _ = self._conv(u, None)
         delta, B, C = self._selection(u)
@@ -165,9 +182,11 @@ class MambaBlock(nn.Module):
     def forward_with_state(self, x: torch.Tensor, state: MambaState | None = None
                            ) -> tuple[torch.Tensor, MambaState]:
         """x (b, l, d_model) and a state (default zeros) -> (y (b, l, d_model), new state)."""
-        _check_sequence(x, self.d_model)
+        _check_sequence(x, self.d_model, self.conv_weight)
         if state is not None:
             self.check_state(state, x.shape[0])
+        if x.shape[1] == 0:  # nothing to read: the state passes through unchanged
+            return x.new_zeros(x.shape), state or self.init_state(x.shape[0])
         u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (b, d, l) each
         u, history = self._conv(u, None if state is None else state.conv)
         delta, B, C = self._selection(u)
@@ -182,9 +201,7 @@ class MambaBlock(nn.Module):
 
     def step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """One token x_t (b, d_model) -> (y_t (b, d_model), new state); O(1) in the length."""
-        if not isinstance(x_t, torch.Tensor) or x_t.ndim != 2 or x_t.shape[1] != self.d_model:
-            got = tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__
-            raise ValueError(f"x_t must have shape (b, d_model) = (b, {self.d_model}), got {got}")
+        _check_token(x_t, self.d_model, self.conv_weight)
         self.check_state(state, x_t.shape[0])
         u, z = self.in_proj(x_t).chunk(2, dim=1)  # (b, d) each
         window = torch.cat([state.conv.to(u.dtype), u[:, :, None]], dim=2)  # (b, d, d_conv)

@@ -26,7 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqlib.models.feedforward import _check_positive
-from seqlib.models.mamba import _check_sequence, _check_state_tensor, _StackedLM, init_dt_bias
+from seqlib.models.mamba import (
+    _check_sequence,
+    _check_state_tensor,
+    _check_token,
+    _StackedLM,
+    init_dt_bias,
+)
 from seqlib.models.norm import GatedRMSNorm
 from seqlib.ops.ssd import mamba_chunk_scan_combined, ssd_state_update
 
@@ -53,6 +59,10 @@ class Mamba2Block(nn.Module):
         if d % head_dim:
             raise ValueError(f"head_dim={head_dim} must divide expand * d_model = {d}")
         heads = d // head_dim
+        if (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                or not 16 <= chunk_size <= 256 or chunk_size & (chunk_size - 1)):
+            raise ValueError(f"chunk_size must be a power of two from 16 to 256, "
+                             f"got {chunk_size!r}")
         if heads % n_groups:
             raise ValueError(f"n_groups={n_groups} must divide the {heads} heads "
                              f"(expand * d_model / head_dim)")
@@ -111,10 +121,12 @@ class Mamba2Block(nn.Module):
     def forward_with_state(self, x: torch.Tensor, state: Mamba2State | None = None
                            ) -> tuple[torch.Tensor, Mamba2State]:
         """x (b, l, d_model) and a state (default zeros) -> (y (b, l, d_model), new state)."""
-        _check_sequence(x, self.d_model)
+        _check_sequence(x, self.d_model, self.conv_weight)
         b = x.shape[0]
         if state is not None:
             self.check_state(state, b)
+        if x.shape[1] == 0:  # nothing to read: the state passes through unchanged
+            return x.new_zeros(x.shape), state or self.init_state(b)
         z, xBC, dt = self._split(self.in_proj(x))
         history = (xBC.new_zeros(b, self.conv_dim, self.d_conv - 1) if state is None
                    else state.conv.to(xBC.dtype))
@@ -134,9 +146,7 @@ class Mamba2Block(nn.Module):
 
     def step(self, x_t: torch.Tensor, state: Mamba2State) -> tuple[torch.Tensor, Mamba2State]:
         """One token x_t (b, d_model) -> (y_t (b, d_model), new state); O(1) in the length."""
-        if not isinstance(x_t, torch.Tensor) or x_t.ndim != 2 or x_t.shape[1] != self.d_model:
-            got = tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__
-            raise ValueError(f"x_t must have shape (b, d_model) = (b, {self.d_model}), got {got}")
+        _check_token(x_t, self.d_model, self.conv_weight)
         self.check_state(state, x_t.shape[0])
         z, xBC, dt = self._split(self.in_proj(x_t))
         window = torch.cat([state.conv.to(xBC.dtype), xBC[:, :, None]], dim=2)  # (b, ., k)

@@ -68,6 +68,8 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         _check_last_dim(x, self.d, "x")
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"z must be a torch.Tensor (the gate), got {type(z).__name__}")
         if z.shape != x.shape:
             raise ValueError(f"z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}")
         gated = x.float() * F.silu(z.float()) if x.dtype != torch.float64 else x * F.silu(z)
