@@ -87,6 +87,19 @@ def relative_disagreement(mine: Sequence[torch.Tensor | None],
     return worst
 
 
+def row_cells(row: dict[str, Any], rate_key: str, rate_format: str = "8.2f") -> str:
+    """The measured columns of one summary row, "ms rate peak-MiB note", with dashes for what
+    the row lacks; the note names the speed-ups over the anchors, or why the row was skipped."""
+    note = row.get("skipped", "")
+    if "speedup_vs" in row:
+        note = " ".join(f"{k} x{v:.2f}" for k, v in row["speedup_vs"].items())
+    ms = f"{row['ms']:9.3f}" if "ms" in row else f"{'-':>9}"
+    rate = row.get(rate_key)
+    rate = f"{rate:{rate_format}}" if rate is not None else f"{'-':>8}"
+    peak = f"{row['peak_bytes'] / 2**20:9.1f}" if "peak_bytes" in row else f"{'-':>9}"
+    return f"{ms} {rate} {peak}  {note}"
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

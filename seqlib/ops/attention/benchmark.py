@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from seqlib.bench import relative_disagreement, time_ms
+from seqlib.bench import relative_disagreement, row_cells, time_ms
 from seqlib.utils import measure
 
 from . import CPU_TILED_FROM, attention, cpu_backend
@@ -231,16 +231,10 @@ def summarize(record: dict[str, Any]) -> str:
              f"{'provider':>11} {'l':>6} {'d':>4} {'causal':>6} {'pass':>8} {'ms':>9} "
              f"{'TFLOP/s' if record['device']['type'] == 'cuda' else 'GFLOP/s':>8} "
              f"{'peak MiB':>9}  note"]
+    rate_key = "tflops" if record["device"]["type"] == "cuda" else "gflops"
     for row in record["rows"]:
-        rate = row.get("tflops", row.get("gflops"))
-        note = row.get("skipped", "")
-        if "speedup_vs" in row:
-            note = " ".join(f"{k} x{v:.2f}" for k, v in row["speedup_vs"].items())
-        ms = f"{row['ms']:9.3f}" if "ms" in row else f"{'-':>9}"
-        rate = f"{rate:8.2f}" if rate is not None else f"{'-':>8}"
-        peak = f"{row['peak_bytes'] / 2**20:9.1f}" if "peak_bytes" in row else f"{'-':>9}"
         lines.append(f"{row['provider']:>11} {row['l']:>6} {row['d']:>4} {row['causal']!s:>6} "
-                     f"{row['pass']:>8} {ms} {rate} {peak}  {note}")
+                     f"{row['pass']:>8} {row_cells(row, rate_key)}")
     for target in record.get("targets", []):
         got = "not measured" if target["speedup"] is None else f"x{target['speedup']:.2f}"
         lines.append(f"target l={target['l']} d={target['d']} causal={target['causal']} "

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from seqlib.bench import relative_disagreement, time_ms
+from seqlib.bench import relative_disagreement, row_cells, time_ms
 from seqlib.utils import measure
 
 from . import CPU_PARALLEL_UP_TO, cpu_backend, selective_scan_fn
@@ -219,19 +219,14 @@ def run(device: torch.device, quick: bool = False) -> dict[str, Any]:
 def summarize(record: dict[str, Any]) -> str:
     """A plain-text table of a record's rows."""
     lines = [f"selective_scan on {record['device']['name']} ({record['dtype']})",
-             f"{'provider':>10} {'b':>3} {'d':>5} {'l':>6} {'pass':>8} {'ms':>10} {'GB/s':>8} "
+             f"{'provider':>10} {'b':>3} {'d':>5} {'l':>6} {'pass':>8} {'ms':>9} {'GB/s':>8} "
              f"{'peak MiB':>9}  note"]
     for row in record["rows"]:
-        note = row.get("skipped", "")
-        if "speedup_vs" in row:
-            note = " ".join(f"{k} x{v:.2f}" for k, v in row["speedup_vs"].items())
-        if "roofline_fraction" in row and not note:
-            note = f"{100 * row['roofline_fraction']:.1f}% of roofline"
-        ms = f"{row['ms']:10.3f}" if "ms" in row else f"{'-':>10}"
-        rate = f"{row['gb_per_s']:8.1f}" if "gb_per_s" in row else f"{'-':>8}"
-        peak = f"{row['peak_bytes'] / 2**20:9.1f}" if "peak_bytes" in row else f"{'-':>9}"
+        cells = row_cells(row, "gb_per_s", "8.1f")
+        if "roofline_fraction" in row and "speedup_vs" not in row and "skipped" not in row:
+            cells += f"{100 * row['roofline_fraction']:.1f}% of roofline"
         lines.append(f"{row['provider']:>10} {row['b']:>3} {row['d']:>5} {row['l']:>6} "
-                     f"{row['pass']:>8} {ms} {rate} {peak}  {note}")
+                     f"{row['pass']:>8} {cells}")
     for target in record.get("targets", []):
         got = "not measured" if target["speedup"] is None else f"x{target['speedup']:.2f}"
         lines.append(f"{target['kind']} (b, d, l)=({target['b']}, {target['d']}, {target['l']}) "

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from seqlib.bench import relative_disagreement, time_ms
+from seqlib.bench import relative_disagreement, row_cells, time_ms
 from seqlib.utils import measure
 
-from . import mamba_chunk_scan_combined
+from . import cpu_backend, mamba_chunk_scan_combined
 
 GPU_SHAPES = [(4, 2048, 64), (2, 8192, 64), (1, 32768, 32)]  # (b, l, h)
 HEAD_DIM, STATE, CHUNK = 64, 128, 256
@@ -224,7 +224,8 @@ def run_cpu(device: torch.device, quick: bool) -> dict[str, Any]:
                     continue  # one position at a time: seconds per call beyond this
                 rows.append(_cpu_case(backend, b, length, h, p, n, pass_, gen))
     return {"dtype": "float32", "torch_threads": torch.get_num_threads(),
-            "backend_none_picks": "chunked", "rows": rows}
+            "backend_none_picks": {str(length): cpu_backend(length, 64) for length in lengths},
+            "rows": rows}
 
 
 def run(device: torch.device, quick: bool = False) -> dict[str, Any]:
@@ -238,16 +239,10 @@ def summarize(record: dict[str, Any]) -> str:
              f"{'provider':>15} {'b':>2} {'l':>6} {'h':>3} {'pass':>8} {'ms':>9} "
              f"{'TFLOP/s' if record['device']['type'] == 'cuda' else 'GFLOP/s':>8} "
              f"{'peak MiB':>9}  note"]
+    rate_key = "tflops" if record["device"]["type"] == "cuda" else "gflops"
     for row in record["rows"]:
-        rate = row.get("tflops", row.get("gflops"))
-        note = row.get("skipped", "")
-        if "speedup_vs" in row:
-            note = " ".join(f"{k} x{v:.2f}" for k, v in row["speedup_vs"].items())
-        ms = f"{row['ms']:9.3f}" if "ms" in row else f"{'-':>9}"
-        rate = f"{rate:8.2f}" if rate is not None else f"{'-':>8}"
-        peak = f"{row['peak_bytes'] / 2**20:9.1f}" if "peak_bytes" in row else f"{'-':>9}"
         lines.append(f"{row['provider']:>15} {row['b']:>2} {row['l']:>6} {row['h']:>3} "
-                     f"{row['pass']:>8} {ms} {rate} {peak}  {note}")
+                     f"{row['pass']:>8} {row_cells(row, rate_key)}")
     for target in record.get("targets", []):
         got = "not measured" if target["speedup"] is None else f"x{target['speedup']:.2f}"
         lines.append(f"target b={target['b']} l={target['l']} h={target['h']} {target['pass']}: "
