@@ -32,3 +32,20 @@ def assert_stub_reads_as_not_attempted(check) -> None:
 
     with pytest.raises(AssertionError, match="task not attempted yet"):
         check(stub)
+
+
+def assert_kernel_check_says_when_triton_is_missing(check, monkeypatch) -> None:
+    """With every import of triton failing, a Triton task's check says the task needs Triton
+    and where it runs, instead of failing with an ImportError."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_triton(name, *args, **kwargs):
+        if name == "triton" or name.startswith("triton."):
+            raise ImportError("no triton here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_triton)
+    with pytest.raises(AssertionError, match="needs Triton.*Linux, WSL2 or Colab"):
+        check(lambda *args: None)
